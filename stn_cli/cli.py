@@ -8,14 +8,12 @@ the commands that train, so `stn plot` and `stn --help` stay fast.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -27,12 +25,11 @@ from .errors import ConfigError, StnError
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Explicit discrete neurons trained with the straight-through estimator.",
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)  # an error is one line, however narrow the terminal
 
 RESULTS_HELP = "Folder for run folders, tables and plots."
 
@@ -106,9 +103,12 @@ def train(
     config = RunConfig.from_mapping(flags, "options")
     run_name = check_name(name, "--name") if name is not None else config.default_name()
 
-    from . import data, training
+    from . import data, quiet
 
     dataset_loaded = data.load(config.dataset, config.data_dir)
+    quiet.import_tensorflow()
+    from . import training
+
     console.print(f"[dim]{config.describe()} on {dataset_loaded.name} {dataset_loaded.sizes()} from {dataset_loaded.source}")
     with _progress() as progress:
         task = progress.add_task(run_name, total=config.total_steps, status="")
@@ -228,15 +228,15 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: run the app and turn every expected failure into one line and an exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
     warnings.showwarning = _show_warning
     signal.signal(signal.SIGTERM, _terminate)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="stn", standalone_mode=False)
-    except click.exceptions.Abort:
+        result = app(args=argv or ["--help"], prog_name="stn", standalone_mode=False)
+    except typer.Abort:
         errors.print("[red]error:[/] aborted")
         return 130
-    except click.ClickException as error:
+    except typer.TyperException as error:  # bad options: Typer's usage errors
         errors.print(f"[red]error:[/] {error.format_message()}", highlight=False)
         return 2
     except StnError as error:
@@ -245,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         errors.print("[red]interrupted:[/] runs so far were recorded as interrupted")
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def entry() -> None:

@@ -224,7 +224,9 @@ def run_grid(
                 on_job_done(job, done)
         return summaries, reused
     # TensorFlow does not survive fork; each worker starts a fresh interpreter.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    from .quiet import import_tensorflow
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=import_tensorflow) as pool:
         futures = {pool.submit(run_job, job, results_dir, jit_compile): job for job in todo}
         for future in as_completed(futures):
             done = future.result()

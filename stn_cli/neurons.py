@@ -158,14 +158,18 @@ def onehot_gumbel_rao(logits, temperature, noise=None, samples: int = 10):
     straight-through Gumbel-Softmax gradient estimator").
 
     Forward: D = one_hot(argmax(logits + g)) ~ Cat(softmax(logits)); `noise` holds 1 + `samples` draws.
-    Backward: through the average over K = `samples` conditional draws z_k ~ (logits + g | D) of
-    softmax(z_k / tau). K = 1 is ST-Gumbel-Softmax in distribution. Deterministic: as `onehot_st`.
+    Backward: the average over K = `samples` conditional draws g_k ~ (g | D) of the ST-Gumbel gradient,
+    i.e. through mean_k softmax((logits + sg(g_k)) / tau). K = 1 is ST-Gumbel-Softmax in distribution.
+    Deterministic: as `onehot_st`.
     """
     if noise is None:
         return onehot_st(logits, temperature)
     hard = _sample_or_argmax(logits, noise)
-    conditional = _conditional_gumbels(logits, hard, noise[1 : 1 + samples])
-    return straight_through(tf.reduce_mean(tf.nn.softmax(conditional / temperature), axis=0), hard)
+    # The conditional noise is a constant, as in ST-Gumbel: the gradient is the softmax Jacobian at each
+    # conditional sample, not a derivative through the truncated-Gumbel sampler.
+    conditional_noise = tf.stop_gradient(_conditional_gumbels(logits, hard, noise[1 : 1 + samples]) - logits)
+    surrogate = tf.reduce_mean(tf.nn.softmax((logits + conditional_noise) / temperature), axis=0)
+    return straight_through(surrogate, hard)
 
 
 def onehot_gst(logits, temperature, noise=None, gap: float = 1.0):
