@@ -70,6 +70,23 @@ class Grid:
         return Grid(self.name, self.description, chosen, self.figures)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate name {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def _mapping(value: Any, where: str) -> dict:
     if value is None:
         return {}
@@ -81,13 +98,15 @@ def _mapping(value: Any, where: str) -> dict:
 def load_grids(path: Path) -> dict[str, Grid]:
     """Parse an experiments file; every error names the grid, experiment and field."""
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = yaml.load(Path(path).read_text(), Loader=_StrictLoader)
     except OSError as error:
         raise ConfigError(f"cannot read experiments file {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     document = _mapping(document, str(path))
     unknown = set(document) - {"defaults", "grids"}
     if unknown:

@@ -181,6 +181,7 @@ def plot(
         raise ConfigError(f"unknown format {image_format!r}; choose one of: {', '.join(FORMATS)}")
     if ylim is not None and not 0 <= ylim < 1:
         raise ConfigError(f"--ylim must be in [0, 1), got {ylim}")
+    results_dir, out = Path(results_dir), Path(out)
     report = Report()
     available = {run.name: run for run in results.list_runs(results_dir)}
     if runs:

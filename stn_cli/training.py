@@ -30,6 +30,7 @@ import tensorflow as tf
 from . import __version__, model, registry, results
 from .config import RunConfig
 from .data import Dataset
+from .errors import StnError
 
 # A dynamic slice such as `slopes[step]` inside the XLA loop costs ten times the whole step here;
 # `tf.gather` with a scalar index does not, so the loop indexes with gather only.
@@ -201,6 +202,11 @@ def train(
     every seed has diverged. KeyboardInterrupt (the CLI maps SIGTERM to it) publishes the runs as
     interrupted, with the metrics so far, and is re-raised.
     """
+    if tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (tf.summary writes nothing without it)
+        except ImportError:
+            raise StnError("--tensorboard needs the tensorboard package: pip install 'stn[tensorboard]'") from None
     seeds = list(seeds) if seeds is not None else [config.seed]
     configs = [config.replace(seed=seed) for seed in seeds]
     names = list(names) if names is not None else [c.default_name() for c in configs]
