@@ -151,7 +151,8 @@ def compare(
     if grid_name not in all_grids:
         raise ConfigError(f"{config_file} has no grid {grid_name!r}; it has: {', '.join(all_grids)}")
     chosen = all_grids[grid_name].select(only) if only else all_grids[grid_name]
-    todo, reused = grids.plan(chosen, results_dir, seeds, overrides)
+    chosen = grids.resolve_datasets(chosen.with_overrides(overrides))
+    todo, reused = grids.plan(chosen, results_dir, seeds)
     if reused:
         console.print(f"[dim]reusing {reused} complete run(s) with identical configs")
     failures = []
@@ -165,8 +166,8 @@ def compare(
             status = f"{job.experiment}: " + (f"val {sum(accuracies) / len(accuracies):.4f}" if accuracies else "failed")
             progress.update(task, advance=1, status=status)
 
-        grids.run_grid(chosen, results_dir, seeds=seeds, jobs=jobs, overrides=overrides, on_job_done=done)
-    rows = grids.table(chosen, results_dir, seeds, overrides)
+        grids.run_grid(chosen, results_dir, seeds=seeds, jobs=jobs, on_job_done=done)
+    rows = grids.table(chosen, results_dir, seeds)
     _print_table(rows, grid_name)
     csv_path, md_path = grids.write_table(rows, results_dir, grid_name)
     console.print(f"[dim]table written to {csv_path} and {md_path}")

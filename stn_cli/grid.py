@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -60,6 +60,17 @@ class Grid:
     description: str
     experiments: tuple[Experiment, ...]
     figures: tuple[Figure, ...] = ()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Grid":
+        """The grid with `overrides` (e.g. from command-line flags) applied to every experiment."""
+        experiments = []
+        for experiment in self.experiments:
+            try:
+                config = experiment.config.replace(**overrides)
+            except ConfigError as error:
+                raise ConfigError(f"experiment {experiment.name!r}: {error}") from None
+            experiments.append(replace(experiment, config=config))
+        return replace(self, experiments=tuple(experiments))
 
     def select(self, names: Sequence[str]) -> "Grid":
         known = {e.name for e in self.experiments}
@@ -175,15 +186,31 @@ class Job:
     names: list[str]
 
 
-def plan(grid: Grid, results_dir: Path, seeds: int, overrides: dict[str, Any]) -> tuple[list[Job], int]:
+def resolve_datasets(grid: Grid, load: Callable | None = None) -> Grid:
+    """Load each data set the grid uses once, before anything runs, and name experiments by the data set
+    actually loaded: where full MNIST falls back to mnist-5k, the runs are mnist-5k runs, so they are
+    never taken later for full-MNIST results. A data set that cannot be loaded keeps its name."""
+    if load is None:
+        from .data import load
+    loaded: dict[tuple[str, str | None], str] = {}
+    experiments = []
+    for experiment in grid.experiments:
+        key = (experiment.config.dataset, experiment.config.data_dir)
+        if key not in loaded:
+            try:
+                loaded[key] = load(*key).name
+            except StnError:  # left as named: its jobs fail and are recorded, and the grid goes on
+                loaded[key] = experiment.config.dataset
+        experiments.append(replace(experiment, config=experiment.config.replace(dataset=loaded[key])))
+    return replace(grid, experiments=tuple(experiments))
+
+
+def plan(grid: Grid, results_dir: Path, seeds: int) -> tuple[list[Job], int]:
     """The jobs still to run, and how many seed-runs are already complete and reused."""
     jobs, reused = [], 0
     existing = {run.name: run for run in results.list_runs(results_dir)}
     for experiment in grid.experiments:
-        try:
-            base = experiment.config.replace(**overrides)
-        except ConfigError as error:
-            raise ConfigError(f"experiment {experiment.name!r}: {error}") from None
+        base = experiment.config
         todo, names = [], []
         for seed in range(seeds):
             wanted = base.replace(seed=seed)
@@ -224,16 +251,17 @@ def run_grid(
     *,
     seeds: int = 1,
     jobs: int = 1,
-    overrides: dict[str, Any] | None = None,
     on_job_done: Callable[[Job, list[dict]], None] | None = None,
     jit_compile: bool = True,
 ) -> tuple[list[dict], int]:
-    """Run what `plan` says is missing, `jobs` experiments at a time. Returns (new summaries, reused)."""
+    """Run what `plan` says is missing, `jobs` experiments at a time. Returns (new summaries, reused).
+
+    Seeds of one experiment train side by side in one call; experiments go to parallel processes."""
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    todo, reused = plan(grid, results_dir, seeds, overrides or {})
+    todo, reused = plan(grid, results_dir, seeds)
     summaries: list[dict] = []
     if jobs == 1 or len(todo) <= 1:
         for job in todo:
@@ -302,12 +330,12 @@ class Row:
         return statistics.fmean(self.test) if self.test else math.nan
 
 
-def table(grid: Grid, results_dir: Path, seeds: int, overrides: dict[str, Any] | None = None) -> list[Row]:
+def table(grid: Grid, results_dir: Path, seeds: int) -> list[Row]:
     """One row per experiment from the run summaries on disk (only runs of the wanted configs)."""
     existing = {run.name: run for run in results.list_runs(results_dir)}
     rows = []
     for experiment in grid.experiments:
-        base = experiment.config.replace(**(overrides or {}))
+        base = experiment.config
         row = Row(experiment.name, base.describe(), base.dataset, 0, [], [], experiment.study, 0.0)
         for seed in range(seeds):
             wanted = base.replace(seed=seed)

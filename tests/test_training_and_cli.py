@@ -202,6 +202,26 @@ def test_a_failing_experiment_is_recorded_and_the_grid_goes_on(tmp_path, capsys)
     assert "1 run(s) did not complete" in capsys.readouterr().err
 
 
+def test_a_fallback_data_set_names_the_runs_it_trained(tmp_path, monkeypatch, capsys):
+    """Offline, mnist falls back to mnist-5k: the runs must say so, so they never pass for full MNIST."""
+    monkeypatch.delenv("STN_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "_keras_download", lambda name: (_ for _ in ()).throw(Exception("offline")))
+    config = write_grid(tmp_path / "experiments.yaml")
+    assert main(["compare", "--config", str(config), "--grid", "tiny", "--only", "tanh", "--dataset", "mnist",
+                 "--results-dir", str(tmp_path)]) == 0
+    assert [run.name for run in results.list_runs(tmp_path)] == ["mnist-5k.tanh.seed0"]
+    assert "using mnist-5k instead" in capsys.readouterr().err
+
+
+def test_unloadable_data_is_recorded_per_experiment(tmp_path, capsys):
+    document = yaml.safe_load(yaml.safe_dump(GRID))
+    document["grids"]["tiny"]["experiments"]["tanh"]["data_dir"] = str(tmp_path / "missing")
+    config = write_grid(tmp_path / "experiments.yaml", document)
+    assert main(["compare", "--config", str(config), "--grid", "tiny", "--results-dir", str(tmp_path / "out")]) == 1
+    assert [run.name for run in results.list_runs(tmp_path / "out")] == ["mnist-5k.onehot.seed0"]
+    assert "data directory" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
