@@ -17,6 +17,7 @@ across machines or TensorFlow versions, floating-point summation order may diffe
 
 from __future__ import annotations
 
+import io
 import math
 import platform
 import time
@@ -183,6 +184,46 @@ def _activation_arrays(config: RunConfig, hidden: np.ndarray, labels: np.ndarray
     }
 
 
+@dataclass
+class _SeedRun:
+    """The files of one seed's run while it is being assembled in its hidden folder."""
+
+    name: str
+    config: RunConfig
+    folder: Path
+    writer: object = None  # a tf.summary writer with --tensorboard
+    rows: list = field(default_factory=list)
+    diverged_at: int | None = None
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        results.write_csv(self.folder / results.METRICS_FILE, results.METRIC_COLUMNS, self.rows)
+        if self.writer is not None:
+            with self.writer.as_default():
+                for name, value in row.items():
+                    if name not in (results.STEP, results.EPOCH) and value != "":
+                        tf.summary.scalar(name, float(value), step=row[results.STEP])
+
+    def summary(self, status: str, data: Dataset, step: int, test_accuracy, timing: dict, extra: dict) -> dict:
+        accuracies = [float(row[results.VALIDATION_ACCURACY]) for row in self.rows]
+        return _finite_or_none({
+            "name": self.name,
+            "seed": self.config.seed,
+            "status": status,
+            "diverged_step": self.diverged_at,
+            "config": self.config.to_dict(),
+            "config_fingerprint": self.config.fingerprint(),
+            "description": self.config.describe(),
+            "dataset": {"name": data.name, "source": data.source, "sizes": data.sizes()},
+            "steps_completed": step,
+            "final_validation_accuracy": accuracies[-1] if accuracies else float("nan"),
+            "best_validation_accuracy": max(accuracies) if accuracies else float("nan"),
+            "test_accuracy": test_accuracy,
+            **timing,
+            **extra,
+        })
+
+
 def train(
     config: RunConfig,
     data: Dataset,
@@ -212,100 +253,73 @@ def train(
     names = list(names) if names is not None else [c.default_name() for c in configs]
     started = time.time()
     trainer = Trainer(config, data, seeds, jit_compile=jit_compile)
-    folders = [results.partial_dir(results_dir, name) for name in names]
-    for folder, run_config in zip(folders, configs):
+    runs = []
+    for name, run_config in zip(names, configs):
+        folder = results.partial_dir(results_dir, name)
         results.write_yaml(folder / results.CONFIG_FILE, run_config.to_dict())
-    writers = [tf.summary.create_file_writer(str(f / results.TENSORBOARD_DIR)) for f in folders] if tensorboard else []
-    rows: list[list[dict]] = [[] for _ in seeds]
-    diverged_at: list[int | None] = [None] * len(seeds)
-    train_seconds, step, status = 0.0, 0, results.INTERRUPTED
+        writer = tf.summary.create_file_writer(str(folder / results.TENSORBOARD_DIR)) if tensorboard else None
+        runs.append(_SeedRun(name, run_config, folder, writer))
 
     def record(step, train_accuracy, validation_accuracy, loss):
-        for i in range(len(seeds)):
-            if diverged_at[i] is not None and diverged_at[i] < step:
-                continue
-            row = _metric_row(
-                config,
-                step,
-                None if train_accuracy is None else train_accuracy[i],
-                validation_accuracy[i],
-                None if loss is None else loss[i],
-            )
-            rows[i].append(row)
-            for name, value in row.items():
-                if writers and name not in (results.STEP, results.EPOCH) and value != "":
-                    with writers[i].as_default():
-                        tf.summary.scalar(name, float(value), step=step)
-        for folder, seed_rows in zip(folders, rows):
-            results.write_csv(folder / results.METRICS_FILE, results.METRIC_COLUMNS, seed_rows)
+        for i, run in enumerate(runs):
+            if run.diverged_at is None or run.diverged_at >= step:  # nothing after its divergence
+                run.add(_metric_row(
+                    config, step,
+                    None if train_accuracy is None else train_accuracy[i],
+                    validation_accuracy[i],
+                    None if loss is None else loss[i],
+                ))
         if on_progress:
             on_progress(Progress(step, config.total_steps, [float(v) for v in validation_accuracy]))
 
+    train_seconds, step, status = 0.0, 0, results.INTERRUPTED
     try:
         record(0, None, trainer.evaluate(data.validation, 0), None)
-        while step < config.total_steps:
+        while step < config.total_steps and any(run.diverged_at is None for run in runs):
             count = min(config.eval_every, config.total_steps - step)
             tick = time.perf_counter()
-            correct, loss_sum, first_bad = trainer.train_block(tf.constant(step), tf.constant(count))
-            correct, loss_sum, first_bad = correct.numpy(), loss_sum.numpy(), first_bad.numpy()
+            correct, loss_sum, first_bad = (t.numpy() for t in trainer.train_block(tf.constant(step), tf.constant(count)))
             train_seconds += time.perf_counter() - tick
             step += count
-            for i, bad in enumerate(first_bad):
-                if bad >= 0 and diverged_at[i] is None:
-                    diverged_at[i] = int(bad)
+            for run, bad in zip(runs, first_bad):
+                if bad >= 0 and run.diverged_at is None:
+                    run.diverged_at = int(bad)
             record(step, correct / (count * config.batch_size), trainer.evaluate(data.validation, step), loss_sum / count)
-            if all(d is not None for d in diverged_at):
-                break
         status = results.COMPLETE
     finally:
-        test_accuracy, hidden = (None, None)
+        # Runs the same way on completion and on an interrupt, so an interrupted run is published too.
+        test_accuracy = hidden = None
         if status == results.COMPLETE:
             test_accuracy = trainer.evaluate(data.test, step)
             _, hidden = trainer.evaluate(data.validation, step, keep_hidden=True)
         wall = time.time() - started
-        run_results = []
-        for i, (seed, name, folder, run_config) in enumerate(zip(seeds, names, folders, configs)):
-            seed_status = results.DIVERGED if diverged_at[i] is not None else status
-            final_validation = float(rows[i][-1][results.VALIDATION_ACCURACY]) if rows[i] else float("nan")
-            seed_test = float(test_accuracy[i]) if test_accuracy is not None and seed_status == results.COMPLETE else None
-            summary = {
-                "name": name,
-                "experiment": experiment or name,
-                "seed": seed,
-                "status": seed_status,
-                "diverged_step": diverged_at[i],
-                "config": run_config.to_dict(),
-                "config_fingerprint": run_config.fingerprint(),
-                "description": run_config.describe(),
-                "dataset": {"name": data.name, "source": data.source, "sizes": data.sizes()},
-                "steps_completed": step,
-                "final_validation_accuracy": final_validation,
-                "best_validation_accuracy": max(float(r[results.VALIDATION_ACCURACY]) for r in rows[i]) if rows[i] else float("nan"),
-                "test_accuracy": seed_test,
-                "wall_seconds": round(wall, 3),
-                "examples_per_second": round(step * config.batch_size / wall, 1),
-                "train_examples_per_second": round(step * config.batch_size / train_seconds, 1) if train_seconds else None,
-                "seeds_trained_together": len(seeds),
-                "jit_compile": jit_compile,
-                "versions": versions(),
-            }
-            if hidden is not None and seed_status == results.COMPLETE:
-                arrays = _activation_arrays(run_config, hidden[i], data.validation.labels)
-                _save_npz(folder / results.ACTIVATIONS_FILE, arrays)
-            results.write_json(folder / results.SUMMARY_FILE, _finite_or_none(summary))
-            if writers:
-                writers[i].close()
-            published = results.publish(folder, results_dir, name)
-            run_results.append(
-                RunResult(name, published, seed, seed_status, final_validation, seed_test, wall,
-                          summary["examples_per_second"], diverged_at[i], summary)
-            )
-    return run_results
+        timing = {
+            "wall_seconds": round(wall, 3),
+            "examples_per_second": round(step * config.batch_size / wall, 1),
+            "train_examples_per_second": round(step * config.batch_size / train_seconds, 1) if train_seconds else None,
+        }
+        extra = {"seeds_trained_together": len(seeds), "jit_compile": jit_compile, "versions": versions()}
+        outcomes = []
+        for i, run in enumerate(runs):
+            run_status = results.DIVERGED if run.diverged_at is not None else status
+            complete = run_status == results.COMPLETE
+            seed_test = float(test_accuracy[i]) if complete else None
+            summary = run.summary(run_status, data, step, seed_test, timing, {"experiment": experiment or run.name, **extra})
+            if complete:
+                arrays = _activation_arrays(run.config, hidden[i], data.validation.labels)
+                _save_npz(run.folder / results.ACTIVATIONS_FILE, arrays)
+            results.write_json(run.folder / results.SUMMARY_FILE, summary)
+            if run.writer is not None:
+                run.writer.close()
+            published = results.publish(run.folder, results_dir, run.name)
+            outcomes.append(RunResult(
+                run.name, published, run.config.seed, run_status, summary["final_validation_accuracy"], seed_test,
+                wall, timing["examples_per_second"], run.diverged_at, summary,
+            ))
+    return outcomes
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     results.atomic_write_bytes(path, buffer.getvalue())
