@@ -177,8 +177,11 @@ def compare(
 
 
 def _print_table(rows, grid_name: str) -> None:
+    from . import grid as grids
+
     table = Table(title=f"grid {grid_name}")
-    for column in ("experiment", "neuron", "data set", "seeds", "validation mean ± sd", "95% CI", "test", "study", "wall s"):
+    for column in ("experiment", "neuron", "data set", "seeds", "validation mean ± sd", "95% CI", "difference [95% CI]",
+                   "test", "study", "wall s"):
         table.add_column(column, justify="left" if column in ("experiment", "neuron", "data set") else "right")
     for row in rows:
         ci = row.ci95
@@ -187,6 +190,7 @@ def _print_table(rows, grid_name: str) -> None:
             row.experiment, row.description, row.dataset, str(row.seeds),
             ("" if math.isnan(row.mean) else f"{row.mean:.4f}") + spread,
             f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "",
+            grids.describe_difference(row),
             "" if math.isnan(row.test_mean) else f"{row.test_mean:.4f}",
             "" if row.study is None else f"{row.study:.4f}",
             f"{row.wall_seconds:.0f}",

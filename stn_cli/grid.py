@@ -11,6 +11,7 @@ File layout:
           <experiment>:
             why: <text>                     # why the experiment exists
             study: <number>                 # the study's reported validation accuracy, if any
+            baseline: <experiment>          # the table gives the difference to it, with a 95% CI
             <RunConfig fields>
         figures:
           - {title: <text>, experiments: [<experiment>, ...]}
@@ -36,7 +37,7 @@ from .config import RunConfig, check_fields, check_name
 from .errors import ConfigError, StnError
 
 COMPARE_DIR = "compare"
-_EXPERIMENT_KEYS = {"why", "study"}
+_EXPERIMENT_KEYS = {"why", "study", "baseline"}
 _GRID_KEYS = {"description", "defaults", "experiments", "figures"}
 
 
@@ -46,6 +47,7 @@ class Experiment:
     config: RunConfig
     why: str = ""
     study: float | None = None
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class Grid:
         for name in names:
             if name not in known:
                 raise ConfigError(f"grid {self.name!r} has no experiment {name!r}; it has: {', '.join(sorted(known))}")
-        chosen = tuple(e for e in self.experiments if e.name in names)
+        wanted = set(names) | {e.baseline for e in self.experiments if e.name in names and e.baseline}
+        chosen = tuple(e for e in self.experiments if e.name in wanted)
         return Grid(self.name, self.description, chosen, self.figures)
 
 
@@ -145,6 +148,9 @@ def _parse_grid(name: str, body: dict, defaults: dict) -> Grid:
     for experiment_name, entry in entries.items():
         experiments.append(_parse_experiment(str(experiment_name), _mapping(entry, f"{where}, experiment {experiment_name!r}"), grid_defaults, where))
     names = [e.name for e in experiments]
+    for experiment in experiments:
+        if experiment.baseline is not None and experiment.baseline not in names:
+            raise ConfigError(f"{where}, experiment {experiment.name!r}: baseline {experiment.baseline!r} is not in the grid")
     figures = []
     for index, figure in enumerate(body.get("figures") or []):
         figure = _mapping(figure, f"{where}: figure {index + 1}")
@@ -167,9 +173,12 @@ def _parse_experiment(name: str, entry: dict, defaults: dict, grid_where: str) -
     why = entry.get("why", "")
     if not isinstance(why, str):
         raise ConfigError(f"{where}: field 'why' must be text")
+    baseline = entry.get("baseline")
+    if baseline is not None and not isinstance(baseline, str):
+        raise ConfigError(f"{where}: field 'baseline' must be an experiment name")
     options = {k: v for k, v in entry.items() if k not in _EXPERIMENT_KEYS}
     config = RunConfig.from_mapping({**defaults, **check_fields(options, where)}, where)
-    return Experiment(name, config, why, None if study is None else float(study))
+    return Experiment(name, config, why, None if study is None else float(study), baseline)
 
 
 def run_name(experiment: str, dataset: str, seed: int) -> str:
@@ -308,6 +317,7 @@ class Row:
     wall_seconds: float
     failed: int = 0
     statuses: list[str] = field(default_factory=list)
+    baseline: "Row | None" = None
 
     @property
     def mean(self) -> float:
@@ -324,6 +334,20 @@ class Row:
             return None
         half = t95(n - 1) * self.std / math.sqrt(n)
         return self.mean - half, self.mean + half
+
+    @property
+    def difference(self) -> tuple[float, float, float] | None:
+        """Mean validation accuracy minus the baseline's, with Welch's 95% confidence interval."""
+        other = self.baseline
+        if other is None or len(self.validation) < 2 or len(other.validation) < 2:
+            return None
+        a, b = self.std**2 / len(self.validation), other.std**2 / len(other.validation)
+        delta = self.mean - other.mean
+        if a + b == 0:
+            return delta, delta, delta
+        dof = (a + b) ** 2 / (a**2 / (len(self.validation) - 1) + b**2 / (len(other.validation) - 1))
+        half = t95(max(1, math.floor(dof))) * math.sqrt(a + b)
+        return delta, delta - half, delta + half
 
     @property
     def test_mean(self) -> float:
@@ -352,12 +376,16 @@ def table(grid: Grid, results_dir: Path, seeds: int) -> list[Row]:
             row.validation.append(run.summary["final_validation_accuracy"])
             row.test.append(run.summary["test_accuracy"])
         rows.append(row)
+    by_name = {row.experiment: row for row in rows}
+    for experiment, row in zip(grid.experiments, rows):
+        row.baseline = by_name.get(experiment.baseline) if experiment.baseline else None
     return rows
 
 
 TABLE_COLUMNS = (
     "experiment", "neuron", "dataset", "seeds", "validation_mean", "validation_std",
-    "ci95_low", "ci95_high", "test_mean", "study", "wall_seconds", "failed",
+    "ci95_low", "ci95_high", "baseline", "difference", "difference_ci95_low", "difference_ci95_high",
+    "test_mean", "study", "wall_seconds", "failed",
 )
 
 
@@ -368,21 +396,34 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def table_records(rows: list[Row]) -> list[dict[str, str]]:
     records = []
     for row in rows:
-        ci = row.ci95
+        ci, difference = row.ci95, row.difference or (None, None, None)
         records.append({
             "experiment": row.experiment, "neuron": row.description, "dataset": row.dataset,
             "seeds": str(row.seeds), "validation_mean": _fmt(row.mean), "validation_std": _fmt(row.std),
             "ci95_low": _fmt(ci[0] if ci else None), "ci95_high": _fmt(ci[1] if ci else None),
+            "baseline": row.baseline.experiment if row.baseline else "",
+            "difference": _fmt(difference[0]), "difference_ci95_low": _fmt(difference[1]),
+            "difference_ci95_high": _fmt(difference[2]),
             "test_mean": _fmt(row.test_mean), "study": _fmt(row.study), "wall_seconds": _fmt(row.wall_seconds, 1),
             "failed": str(row.failed),
         })
     return records
 
 
+def describe_difference(row: Row) -> str:
+    """'+0.0123 [+0.0040, +0.0206] vs tanh', with '(n.s.)' where the interval contains 0."""
+    if row.difference is None:
+        return ""
+    delta, low, high = row.difference
+    verdict = "" if low > 0 or high < 0 else " (n.s.)"
+    return f"{delta:+.4f} [{low:+.4f}, {high:+.4f}] vs {row.baseline.experiment}{verdict}"
+
+
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| experiment | neuron | data set | seeds | validation accuracy (mean ± sd) | 95% CI | test | study | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| experiment | neuron | data set | seeds | validation accuracy (mean ± sd) | 95% CI | difference [95% CI] "
+        "| test | study | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ci = row.ci95
@@ -390,8 +431,8 @@ def markdown(rows: list[Row]) -> str:
         lines.append(
             f"| {row.experiment} | {row.description} | {row.dataset} | {row.seeds}"
             f"{f' ({row.failed} failed)' if row.failed else ''} | {_fmt(row.mean)}{spread} | "
-            f"{f'{ci[0]:.4f}–{ci[1]:.4f}' if ci else ''} | {_fmt(row.test_mean)} | {_fmt(row.study)} | "
-            f"{row.wall_seconds:.0f} |"
+            f"{f'{ci[0]:.4f}–{ci[1]:.4f}' if ci else ''} | {describe_difference(row)} | {_fmt(row.test_mean)} | "
+            f"{_fmt(row.study)} | {row.wall_seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

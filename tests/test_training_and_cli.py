@@ -255,3 +255,32 @@ def test_shipped_experiments_file_declares_the_whole_study():
     assert {e.study for e in study.values()} >= {0.9772, 0.9732, 0.9764, 0.9794, 0.9796, 0.9798, 0.981, 0.9754}
     assert study["onehot-100x10"].config.units == 1000 and study["binary-anneal-1.1"].config.anneal == 1.1
     assert len(grids["study"].figures) == 3 and "beyond" in grids
+
+
+def test_difference_to_baseline_is_welchs_interval():
+    stats = pytest.importorskip("scipy.stats")
+    row = grid.Row("b", "", "d", 4, [0.90, 0.92, 0.91, 0.95], [], None, 0.0)
+    base = grid.Row("a", "", "d", 3, [0.88, 0.89, 0.87], [], None, 0.0)
+    row.baseline = base
+    delta, low, high = row.difference
+    a, b = np.var(row.validation, ddof=1) / 4, np.var(base.validation, ddof=1) / 3
+    dof = (a + b) ** 2 / (a**2 / 3 + b**2 / 2)
+    half = stats.t.ppf(0.975, np.floor(dof)) * np.sqrt(a + b)
+    assert delta == pytest.approx(np.mean(row.validation) - np.mean(base.validation))
+    assert (low, high) == pytest.approx((delta - half, delta + half), abs=1e-3)
+    assert "(n.s.)" not in grid.describe_difference(row)
+    row.validation = [0.86, 0.92, 0.88, 0.90]
+    assert grid.describe_difference(row).endswith("vs a (n.s.)")
+
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for dof in range(1, 31):
+        assert grid.t95(dof) == pytest.approx(stats.t.ppf(0.975, dof), abs=1e-3)
+
+
+def test_baseline_must_be_in_the_grid(tmp_path):
+    document = yaml.safe_load(yaml.safe_dump(GRID))
+    document["grids"]["tiny"]["experiments"]["onehot"]["baseline"] = "relu"
+    with pytest.raises(Exception, match="baseline 'relu' is not in the grid"):
+        grid.load_grids(write_grid(tmp_path / "e.yaml", document))
