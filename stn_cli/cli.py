@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+from contextlib import contextmanager
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from . import registry
 from .config import RunConfig, check_name
-from .errors import ConfigError, StnError
+from .errors import ConfigError, Interrupted, StnError
 
 app = typer.Typer(
     add_completion=False,
@@ -50,6 +51,15 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+@contextmanager
+def _reporting_interrupts(what_is_kept: str):
+    """Typer turns KeyboardInterrupt into a silent exit 130; say what the interrupt left behind."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {what_is_kept}") from None
 
 
 @app.command()
@@ -110,7 +120,8 @@ def train(
     from . import training
 
     console.print(f"[dim]{config.describe()} on {dataset_loaded.name} {dataset_loaded.sizes()} from {dataset_loaded.source}")
-    with _progress() as progress:
+    kept = f"the run is recorded as interrupted in {results_dir / 'runs' / run_name}"
+    with _reporting_interrupts(kept), _progress() as progress:
         task = progress.add_task(run_name, total=config.total_steps, status="")
 
         def show(update: training.Progress) -> None:
@@ -156,7 +167,8 @@ def compare(
     if reused:
         console.print(f"[dim]reusing {reused} complete run(s) with identical configs")
     failures = []
-    with _progress() as progress:
+    kept = "finished runs are kept and the running ones recorded as interrupted; run the same command to resume"
+    with _reporting_interrupts(kept), _progress() as progress:
         task = progress.add_task(f"grid {grid_name}", total=len(todo), status="")
 
         def done(job, summaries) -> None:
@@ -238,17 +250,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=argv or ["--help"], prog_name="stn", standalone_mode=False)
-    except typer.Abort:
-        errors.print("[red]error:[/] aborted")
-        return 130
     except typer.TyperException as error:  # bad options: Typer's usage errors
         errors.print(f"[red]error:[/] {error.format_message()}", highlight=False)
         return 2
     except StnError as error:
         errors.print(f"[red]error:[/] {error}", highlight=False)
         return error.exit_code
-    except KeyboardInterrupt:
-        errors.print("[red]interrupted:[/] runs so far were recorded as interrupted")
+    except KeyboardInterrupt:  # outside a command's own handling, e.g. while importing
+        errors.print("[red]interrupted[/]")
         return 130
     return result if isinstance(result, int) else 0
 

@@ -15,3 +15,9 @@ class ConfigError(StnError):
 
 class DataError(StnError):
     """A data set that is missing, unknown or corrupt."""
+
+
+class Interrupted(StnError):
+    """Ctrl-C or SIGTERM stopped a command; what it finished is recorded."""
+
+    exit_code = 130

@@ -1,6 +1,7 @@
 """Import TensorFlow without its C++ start-up lines.
 
-TensorFlow 2.21 prints oneDNN and CUDA notices from C++ through absl at import, before any Python
+TensorFlow 2.21 prints oneDNN and CUDA notices from C++ through absl at import and at its first device
+probe, before any Python
 logging is set up and regardless of TF_CPP_MIN_LOG_LEVEL; they are noise to a user of the CLI. So the
 import runs with file descriptor 2 pointed at a temporary file, which is replayed if the import fails.
 """
@@ -21,8 +22,9 @@ def import_tensorflow() -> None:
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow
 
+            tensorflow.config.list_physical_devices()  # device probing prints its CUDA notice here, not later
             failed = False
         except BaseException:
             failed = True

@@ -284,3 +284,30 @@ def test_baseline_must_be_in_the_grid(tmp_path):
     document["grids"]["tiny"]["experiments"]["onehot"]["baseline"] = "relu"
     with pytest.raises(Exception, match="baseline 'relu' is not in the grid"):
         grid.load_grids(write_grid(tmp_path / "e.yaml", document))
+
+
+def test_sigterm_publishes_the_run_as_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stn_cli", "train", "--dataset", "mnist-5k", "--epochs", "50", "--eval-every", "20",
+         "--results-dir", str(tmp_path), "--name", "killed"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    partial_metrics = tmp_path / "runs" / ".killed.partial" / results.METRICS_FILE
+    deadline = time.time() + 120
+    while not (partial_metrics.exists() and len(partial_metrics.read_text().splitlines()) > 2):
+        assert process.poll() is None and time.time() < deadline, process.stderr.read() if process.poll() else "timeout"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    assert "interrupted" in process.stderr.read()
+    summary = json.loads((tmp_path / "runs" / "killed" / results.SUMMARY_FILE).read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["steps_completed"] < 50_000
+    assert len(metrics(tmp_path / "runs" / "killed")) >= 2
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
