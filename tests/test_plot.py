@@ -31,6 +31,10 @@ def fake_run(root, name, experiment, seed, neuron, accuracies, dims=1, levels=0)
         hidden = np.eye(dims, dtype=np.int8)[rng.integers(0, dims, (50, 4))].reshape(50, 4 * dims)
     elif neuron == "ternary":
         hidden = rng.integers(-1, 2, (50, 4)).astype(np.int8)
+    elif neuron == "nary":
+        hidden = rng.integers(0, levels, (50, 4)).astype(np.int8)
+    elif neuron == "tanh":
+        hidden = rng.uniform(-1, 1, (50, 4)).astype(np.float32)
     else:
         hidden = rng.integers(0, 2, (50, 4)).astype(np.int8)
     np.savez(folder / results.ACTIVATIONS_FILE, hidden=hidden, labels=np.zeros(50), neuron=np.array(neuron),
@@ -44,6 +48,8 @@ def results_dir(tmp_path):
     fake_run(tmp_path, "mnist-5k.a.seed1", "a", 1, "onehot", [0.1, 0.83, 0.92], dims=3)
     fake_run(tmp_path, "mnist-5k.b.seed0", "b", 0, "ternary", [0.1, 0.8, 0.95])
     fake_run(tmp_path, "mnist-5k.c.seed0", "c", 0, "binary", [0.1, 0.7, 0.88])
+    fake_run(tmp_path, "mnist-5k.e.seed0", "e", 0, "nary", [0.1, 0.7, 0.9], levels=5)
+    fake_run(tmp_path, "mnist-5k.f.seed0", "f", 0, "tanh", [0.1, 0.75, 0.9])
     config = tmp_path / "experiments.yaml"
     config.write_text(yaml.safe_dump({"grids": {"g": {
         "experiments": {"a": {"neuron": "onehot", "dims": 3}, "b": {"neuron": "ternary"}, "c": {"neuron": "binary"},
@@ -63,7 +69,8 @@ def test_every_figure_is_written_as_a_valid_image(results_dir):
     report = plot.plot(results_dir, results_dir / "plots", config_file=results_dir / "experiments.yaml", grid_name="g")
     names = sorted(p.name for p in report.written)
     assert "g-1-mnist-5k.png" in names
-    for run in ("mnist-5k.a.seed0", "mnist-5k.a.seed1", "mnist-5k.b.seed0", "mnist-5k.c.seed0"):
+    for run in ("mnist-5k.a.seed0", "mnist-5k.a.seed1", "mnist-5k.b.seed0", "mnist-5k.c.seed0", "mnist-5k.e.seed0",
+                "mnist-5k.f.seed0"):
         assert f"{run}.curves.png" in names and f"{run}.activations.png" in names
     for path in report.written:
         assert png_size(path) == (800, 500)
@@ -102,6 +109,15 @@ def test_activation_figures_count_what_the_files_hold(results_dir):
         arrays = dict(arrays)
     counts = [p.get_height() for p in plot.activation_figure(arrays, "t").axes[0].patches]
     assert counts == [(arrays["hidden"] == level).sum() for level in (-1, 0, 1)]
+    with np.load(folder / "mnist-5k.e.seed0" / results.ACTIVATIONS_FILE) as arrays:
+        arrays = dict(arrays)
+    counts = [p.get_height() for p in plot.activation_figure(arrays, "t").axes[0].patches]
+    assert counts == [(arrays["hidden"] == level).sum() for level in range(5)]
+    with np.load(folder / "mnist-5k.c.seed0" / results.ACTIVATIONS_FILE) as arrays:
+        arrays = dict(arrays)
+    left, right = plot.activation_figure(arrays, "t").axes
+    assert [p.get_height() for p in left.patches] == pytest.approx([1 - arrays["hidden"].mean(), arrays["hidden"].mean()])
+    assert sum(p.get_height() for p in right.patches) == 4  # one firing rate per neuron
 
 
 def test_chosen_runs_svg_and_missing_names(results_dir, capsys):

@@ -311,3 +311,16 @@ def test_sigterm_publishes_the_run_as_interrupted(tmp_path):
     assert summary["status"] == "interrupted" and 0 < summary["steps_completed"] < 50_000
     assert len(metrics(tmp_path / "runs" / "killed")) >= 2
     assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
+
+
+def test_initial_weights_are_tf1_glorot_uniform_biases_included():
+    from stn_cli import model
+
+    w1, b1, w2, b2 = model.initial_params(RunConfig(neuron="onehot", dims=5), seeds=[0, 1])
+    assert w1.shape == (2, 784, 500) and b1.shape == (2, 500) and w2.shape == (2, 500, 10) and b2.shape == (2, 10)
+    for array, limit in ((w1, np.sqrt(6 / 1284)), (b1, np.sqrt(3 / 500)), (w2, np.sqrt(6 / 510)), (b2, np.sqrt(3 / 10))):
+        assert np.abs(array).max() <= limit and np.abs(array).max() > 0.9 * limit
+    assert np.std(w1) == pytest.approx(np.sqrt(6 / 1284) / np.sqrt(3), rel=0.01)  # uniform's sd
+    assert not np.array_equal(w1[0], w1[1])
+    np.testing.assert_array_equal(model.initial_params(RunConfig(), [1])[0][0],
+                                  model.initial_params(RunConfig(), [0, 1])[0][1])  # a seed's own weights
