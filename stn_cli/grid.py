@@ -368,7 +368,8 @@ def table(grid: Grid, results_dir: Path, seeds: int) -> list[Row]:
                 continue
             row.statuses.append(run.status)
             row.dataset = run.summary["dataset"]["name"]
-            row.wall_seconds += run.summary.get("wall_seconds") or 0.0
+            # Seeds trained together share one wall clock: count each run's share of it.
+            row.wall_seconds += (run.summary.get("wall_seconds") or 0.0) / run.summary.get("seeds_trained_together", 1)
             if run.status != results.COMPLETE:
                 row.failed += 1
                 continue

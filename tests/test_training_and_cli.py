@@ -168,6 +168,8 @@ def test_compare_runs_resumes_and_tabulates(tmp_path, capsys):
     half = 12.706 * np.std(accuracies, ddof=1) / np.sqrt(2)
     assert float(table["tanh"]["ci95_low"]) == pytest.approx(np.mean(accuracies) - half, abs=1e-4)
     assert table["tanh"]["study"] == "0.9772" and table["tanh"]["seeds"] == "2"
+    group_wall = runs["mnist-5k.tanh.seed0"].summary["wall_seconds"]  # both seeds trained in one call
+    assert float(table["tanh"]["wall_seconds"]) == pytest.approx(group_wall, abs=0.1)
     assert (out / "compare" / "tiny.md").read_text().startswith("| experiment |")
 
     stamps = {name: (run.folder / results.SUMMARY_FILE).stat().st_mtime_ns for name, run in runs.items()}
