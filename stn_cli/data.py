@@ -103,7 +103,8 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> None:
 
 
 def _scale(images: np.ndarray) -> np.ndarray:
-    return (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32)
+    """uint8 -> float32 in [0, 1], in one pass (the same float32 division as x / 255, without a copy)."""
+    return np.divide(images.reshape(len(images), -1), np.float32(255), dtype=np.float32)
 
 
 def read_idx_folder(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -180,3 +180,10 @@ def test_missing_folder_and_missing_files(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset 'cifar'; choose one of: mnist, fashion-mnist, mnist-5k"):
         data.load("cifar")
+
+
+def test_scaling_is_the_exact_float32_division_by_255():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    scaled = data._scale(images)
+    assert scaled.dtype == np.float32 and scaled.shape == (1, 256)
+    np.testing.assert_array_equal(scaled[0], np.arange(256, dtype=np.float32) / np.float32(255))
