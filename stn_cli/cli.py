@@ -100,6 +100,7 @@ def train(
     results_dir: Path = typer.Option(Path("results"), help=RESULTS_HELP),
     name: Optional[str] = typer.Option(None, help="Run folder name. [default: derived from the options]"),
     tensorboard: bool = typer.Option(False, help="Also write TensorBoard scalars."),
+    save_model: bool = typer.Option(False, help="Also write model.keras, the trained network built from stn's Keras layers."),
     jit: bool = typer.Option(True, help="Compile the training loop with XLA."),
 ) -> None:
     """Train one network with the study's protocol and write results/runs/<name>/."""
@@ -129,7 +130,7 @@ def train(
 
         (run,) = training.train(
             config, dataset_loaded, results_dir, names=[run_name], jit_compile=jit,
-            tensorboard=tensorboard, on_progress=show,
+            tensorboard=tensorboard, save_model=save_model, on_progress=show,
         )
     if run.status != "complete":
         raise StnError(f"run {run.name} {run.status} at step {run.diverged_step}; metrics so far in {run.folder}")

@@ -159,3 +159,35 @@ class OneHotNeuron(_DiscreteNeuron):
             "samples": self.samples,
             "gap": self.gap,
         }
+
+
+def hidden_layer(config) -> keras.layers.Layer:
+    """The Keras layer for a `RunConfig`'s hidden neurons, at the slope it ended training with."""
+    slope = config.slope_at(config.total_steps - 1)
+    if config.neuron in ("tanh", "sigmoid"):
+        return keras.layers.Activation(config.neuron)
+    if config.neuron == "binary":
+        return BinaryNeuron(slope=slope, seed=config.seed)
+    if config.neuron == "ternary":
+        return TernaryNeuron(slope=slope, seed=config.seed)
+    if config.neuron == "nary":
+        return NaryNeuron(levels=config.levels, slope=slope, spacing=config.spacing, seed=config.seed)
+    return OneHotNeuron(dims=config.dims, temperature=1.0 / slope, estimator=config.estimator,
+                        samples=config.samples, gap=config.gap, seed=config.seed)
+
+
+def classifier(config, weights=None) -> keras.Model:
+    """The study's network, 784 -> hidden neurons -> softmax 10, built from these layers.
+
+    `weights` ([W1, b1, W2, b2], e.g. a trained run's) are loaded if given.
+    """
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(config.units, name="linear"),
+        hidden_layer(config),
+        keras.layers.Dense(10, activation="softmax", name="softmax"),
+    ])
+    if weights is not None:
+        model.layers[0].set_weights(weights[:2])
+        model.layers[2].set_weights(weights[2:])
+    return model

@@ -26,6 +26,7 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 ACTIVATIONS_FILE = "activations.npz"
 TENSORBOARD_DIR = "tensorboard"
+MODEL_FILE = "model.keras"
 
 # metrics.csv columns
 STEP, EPOCH, TRAIN_ACCURACY, VALIDATION_ACCURACY, LOSS, SLOPE, TEMPERATURE = (

@@ -234,6 +234,7 @@ def train(
     experiment: str | None = None,
     jit_compile: bool = True,
     tensorboard: bool = False,
+    save_model: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[RunResult]:
     """Train `config` once per seed (default: `config.seed`), all seeds in one compiled computation,
@@ -241,7 +242,8 @@ def train(
 
     A seed whose loss stops being finite is recorded as diverged at that step; training stops when
     every seed has diverged. KeyboardInterrupt (the CLI maps SIGTERM to it) publishes the runs as
-    interrupted, with the metrics so far, and is re-raised.
+    interrupted, with the metrics so far, and is re-raised. `save_model` also writes each complete run's
+    network as a Keras model built from `stn_cli.layers` (load it with `keras.saving.load_model`).
     """
     if tensorboard:
         try:
@@ -308,6 +310,8 @@ def train(
             if complete:
                 arrays = _activation_arrays(run.config, hidden[i], data.validation.labels)
                 _save_npz(run.folder / results.ACTIVATIONS_FILE, arrays)
+                if save_model:
+                    _save_keras(run.folder / results.MODEL_FILE, run.config, [p[i].numpy() for p in trainer.params])
             results.write_json(run.folder / results.SUMMARY_FILE, summary)
             if run.writer is not None:
                 run.writer.close()
@@ -317,6 +321,14 @@ def train(
                 wall, timing["examples_per_second"], run.diverged_at, summary,
             ))
     return outcomes
+
+
+def _save_keras(path: Path, config: RunConfig, weights: list[np.ndarray]) -> None:
+    from .layers import classifier
+
+    temporary = path.with_name(f".{path.stem}.tmp.keras")  # Keras wants the .keras suffix
+    classifier(config, weights).save(temporary)
+    temporary.replace(path)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -326,3 +326,19 @@ def test_initial_weights_are_tf1_glorot_uniform_biases_included():
     assert not np.array_equal(w1[0], w1[1])
     np.testing.assert_array_equal(model.initial_params(RunConfig(), [1])[0][0],
                                   model.initial_params(RunConfig(), [0, 1])[0][1])  # a seed's own weights
+
+
+@pytest.mark.parametrize("neuron, extra", [("binary", {"anneal": 1.5}), ("nary", {"levels": 4}), ("onehot", {"dims": 3})])
+def test_saved_keras_model_of_stn_layers_reproduces_the_trainer(tmp_path, small, neuron, extra):
+    """The Keras layers and the trainer are two doors to the same neuron functions: the exported model
+    must score what the trainer scored on the validation set."""
+    import keras
+
+    config = RunConfig(neuron=neuron, dataset="mnist-5k", **SHORT, **extra)
+    (run,) = training.train(config, small, tmp_path, save_model=True)
+    model = keras.saving.load_model(run.folder / results.MODEL_FILE)
+    predictions = model.predict(small.validation.images, verbose=0).argmax(-1)
+    accuracy = (predictions == small.validation.labels).mean()
+    assert accuracy == pytest.approx(run.final_validation_accuracy, abs=0.004)  # at most 2 of 500 on float ties
+    if neuron == "binary":
+        assert float(model.layers[1].slope.numpy()) == pytest.approx(1.5)
