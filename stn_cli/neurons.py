@@ -145,7 +145,10 @@ def _conditional_gumbels(logits, hard, noise):
     every other coordinate is a Gumbel(logits_i) truncated above at that maximum, drawn by inversion:
     z_i = -log(exp(-top) + exp(-logits_i) * E_i) with E_i = -log u_i exponential.
     """
-    top = tf.reduce_logsumexp(logits, axis=-1, keepdims=True) + gumbel(noise[..., :1])
+    # The maximum takes the uniform at the chosen index, which no truncated draw uses: sharing another
+    # position's uniform would correlate that position with the maximum.
+    chosen_uniform = tf.reduce_sum(hard * noise, axis=-1, keepdims=True)
+    top = tf.reduce_logsumexp(logits, axis=-1, keepdims=True) + gumbel(chosen_uniform)
     log_exponential = tf.math.log(-tf.math.log(tf.maximum(noise, _TINY)))
     below = -tf.reduce_logsumexp(
         tf.stack([tf.broadcast_to(-top, tf.shape(noise)), log_exponential - logits]), axis=0

@@ -222,7 +222,7 @@ def test_onehot_gradients_match_their_formulas(estimator, tau, stochastic):
 
 def conditional_gumbel_np(z, u, hard):
     """NumPy draws of z + g conditioned on argmax = the index in `hard` (u: (K, ..., dims))."""
-    top = np.log(np.exp(z).sum(-1, keepdims=True)) + gumbel_np(u[..., :1])
+    top = np.log(np.exp(z).sum(-1, keepdims=True)) + gumbel_np((hard * u).sum(-1, keepdims=True))
     below = -np.log(np.exp(-top) + np.exp(-z) * -np.log(u))
     return hard * top + (1 - hard) * below
 
@@ -245,6 +245,20 @@ def test_conditional_gumbels_keep_the_chosen_index_on_top():
     hard = tf.one_hot(np.random.default_rng(2).integers(0, 6, 50), 6)
     draws = neurons._conditional_gumbels(z, hard, uniform((4, 50, 6), seed=9)).numpy()
     assert np.all(draws.argmax(-1) == hard.numpy().argmax(-1))
+
+
+def test_conditional_gumbels_match_rejection_sampling():
+    """z + g given argmax = 1, drawn directly, has the distribution of unconditional draws that happen to
+    have argmax 1 (compared by the mean and sd of every coordinate)."""
+    n, z = 60000, np.array([1.0, 0.0, -0.5], np.float32)
+    free = z + gumbel_np(np.random.default_rng(31).random((n, 3)))
+    accepted = free[free.argmax(-1) == 1]
+    hard = tf.one_hot(np.ones(n, int), 3)
+    direct = neurons._conditional_gumbels(tf.constant(np.tile(z, (n, 1))), hard, uniform((n, 3), seed=32)).numpy()
+    for i in range(3):
+        se = np.sqrt(accepted[:, i].var() / len(accepted) + direct[:, i].var() / n)
+        assert abs(accepted[:, i].mean() - direct[:, i].mean()) < 4.5 * se, i
+        assert direct[:, i].std() == pytest.approx(accepted[:, i].std(), rel=0.05), i
 
 
 @pytest.mark.parametrize("estimator,tau", [("st", 2.0), ("gumbel", 2.0), ("gumbel-rao", 2.0), ("gst", 2.0), ("reinmax", 2.0)])
