@@ -179,7 +179,7 @@ def compare(
             status = f"{job.experiment}: " + (f"val {sum(accuracies) / len(accuracies):.4f}" if accuracies else "failed")
             progress.update(task, advance=1, status=status)
 
-        grids.run_grid(chosen, results_dir, seeds=seeds, jobs=jobs, on_job_done=done)
+        grids.run_jobs(todo, results_dir, jobs=jobs, on_job_done=done)
     rows = grids.table(chosen, results_dir, seeds)
     _print_table(rows, grid_name)
     csv_path, md_path = grids.write_table(rows, results_dir, grid_name)

@@ -216,6 +216,8 @@ def resolve_datasets(grid: Grid, load: Callable | None = None) -> Grid:
 
 def plan(grid: Grid, results_dir: Path, seeds: int) -> tuple[list[Job], int]:
     """The jobs still to run, and how many seed-runs are already complete and reused."""
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
     jobs, reused = [], 0
     existing = {run.name: run for run in results.list_runs(results_dir)}
     for experiment in grid.experiments:
@@ -254,23 +256,19 @@ def run_job(job: Job, results_dir: Path, jit_compile: bool = True) -> list[dict]
     return [run.summary for run in runs]
 
 
-def run_grid(
-    grid: Grid,
+def run_jobs(
+    todo: list[Job],
     results_dir: Path,
     *,
-    seeds: int = 1,
     jobs: int = 1,
     on_job_done: Callable[[Job, list[dict]], None] | None = None,
     jit_compile: bool = True,
-) -> tuple[list[dict], int]:
-    """Run what `plan` says is missing, `jobs` experiments at a time. Returns (new summaries, reused).
+) -> list[dict]:
+    """Run the jobs `plan` returned, `jobs` at a time; return the new runs' summaries.
 
     Seeds of one experiment train side by side in one call; experiments go to parallel processes."""
-    if seeds < 1:
-        raise ConfigError(f"seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    todo, reused = plan(grid, results_dir, seeds)
     summaries: list[dict] = []
     if jobs == 1 or len(todo) <= 1:
         for job in todo:
@@ -278,10 +276,10 @@ def run_grid(
             summaries.extend(done)
             if on_job_done:
                 on_job_done(job, done)
-        return summaries, reused
-    # TensorFlow does not survive fork; each worker starts a fresh interpreter.
+        return summaries
     from .quiet import import_tensorflow
 
+    # TensorFlow does not survive fork; each worker starts a fresh interpreter.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=import_tensorflow) as pool:
         futures = {pool.submit(run_job, job, results_dir, jit_compile): job for job in todo}
         for future in as_completed(futures):
@@ -289,7 +287,7 @@ def run_grid(
             summaries.extend(done)
             if on_job_done:
                 on_job_done(futures[future], done)
-    return summaries, reused
+    return summaries
 
 
 # ---------------------------------------------------------------------------------------------------

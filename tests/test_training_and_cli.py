@@ -342,3 +342,12 @@ def test_saved_keras_model_of_stn_layers_reproduces_the_trainer(tmp_path, small,
     assert accuracy == pytest.approx(run.final_validation_accuracy, abs=0.004)  # at most 2 of 500 on float ties
     if neuron == "binary":
         assert float(model.layers[1].slope.numpy()) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("args, message", [(["--seeds", "0"], "seeds must be >= 1"), (["--jobs", "0"], "jobs must be >= 1"),
+                                           (["--grid", "nope"], "has no grid 'nope'"), (["--only", "nope"], "has no experiment 'nope'")])
+def test_bad_compare_options_exit_2_and_run_nothing(tmp_path, capsys, args, message):
+    config = write_grid(tmp_path / "experiments.yaml")
+    assert main(["compare", "--config", str(config), "--grid", "tiny", *args, "--results-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
