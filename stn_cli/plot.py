@@ -50,12 +50,14 @@ class Report:
 
 
 def _lower_limit(curves: Sequence[Curve], ylim: float | None) -> float:
+    """The study's 0.8 where every curve stays above it; otherwise the lowest value after the first
+    tenth of training, rounded down to 0.05, so the first steady climb does not flatten the rest."""
     if ylim is not None:
         return ylim
-    values = np.concatenate([np.ravel(run[1:]) for curve in curves for run in curve.runs])
+    values = np.concatenate([np.ravel(run[max(1, len(run) // 10):]) for curve in curves for run in curve.runs])
     values = values[np.isfinite(values)]
     low = float(values.min()) if values.size else 0.0
-    return STUDY_LOWER_Y if low >= STUDY_LOWER_Y else math.floor(low * 10) / 10
+    return STUDY_LOWER_Y if low >= STUDY_LOWER_Y else math.floor(low * 20) / 20
 
 
 def learning_curve_figure(curves: Sequence[Curve], title: str, ylim: float | None = None, ylabel: str = "validation accuracy"):
@@ -72,7 +74,7 @@ def learning_curve_figure(curves: Sequence[Curve], title: str, ylim: float | Non
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower right", ncol=2 if len(curves) > 4 else 1, fontsize="small" if len(curves) > 4 else None)
     figure.tight_layout()
     return figure
 
