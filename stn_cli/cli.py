@@ -218,7 +218,7 @@ def plot(
     out: Optional[Path] = typer.Option(None, help="Output folder. [default: <results-dir>/plots]"),
     image_format: str = typer.Option("png", "--format", help="png, svg or pdf."),
     config_file: Path = typer.Option(Path("experiments.yaml"), "--config", help="Experiments file with figure groups."),
-    grid_name: str = typer.Option("study", "--grid", help="Whose figure groups to draw."),
+    grid_name: Optional[str] = typer.Option(None, "--grid", help="Whose figure groups to draw. [default: every grid]"),
     ylim: Optional[float] = typer.Option(None, help="Lower limit of the accuracy axis."),
 ) -> None:
     """Draw learning curves and activation histograms from the results folder (no TensorFlow)."""

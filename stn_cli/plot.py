@@ -154,17 +154,18 @@ def save(figure, path: Path) -> Path:
     return path
 
 
-def _figure_groups(config_file: Path, grid_name: str, report: Report):
-    """The figure groups declared for `grid_name`, or none (said in the report) if the file lacks them."""
+def _figure_groups(config_file: Path, grid_name: str | None, report: Report):
+    """(grid, index, figure) for the figure groups of `grid_name`, or of every grid when it is None."""
     from .grid import load_grids
 
     if not Path(config_file).exists():
         report.missing.append(f"no experiments file {config_file}, so no figure groups")
-        return ()
+        return []
     grids = load_grids(config_file)
-    if grid_name not in grids:
+    if grid_name is not None and grid_name not in grids:
         raise ConfigError(f"{config_file} has no grid {grid_name!r}; it has: {', '.join(grids)}")
-    return grids[grid_name].figures
+    chosen = [grid_name] if grid_name is not None else list(grids)
+    return [(name, index, figure) for name in chosen for index, figure in enumerate(grids[name].figures)]
 
 
 def plot(
@@ -174,11 +175,12 @@ def plot(
     image_format: str = "png",
     runs: Sequence[str] | None = None,
     config_file: Path = Path("experiments.yaml"),
-    grid_name: str = "study",
+    grid_name: str | None = None,
     ylim: float | None = None,
 ) -> Report:
-    """Draw the figure groups of a grid (all data sets found) and one curve and one activation figure per
-    run; with `runs`, only those runs. Missing pieces are reported, and what can be drawn is drawn."""
+    """Draw the figure groups of a grid, or of every grid (for all data sets found), and one curve and
+    one activation figure per run; with `runs`, only those runs. Missing pieces are reported, and what
+    can be drawn is drawn."""
     if image_format not in FORMATS:
         raise ConfigError(f"unknown format {image_format!r}; choose one of: {', '.join(FORMATS)}")
     if ylim is not None and not 0 <= ylim < 1:
@@ -198,7 +200,7 @@ def plot(
             if run.status == results.COMPLETE:
                 by_experiment[(run.summary["dataset"]["name"], run.experiment)].append(run)
         datasets = sorted({dataset for dataset, _ in by_experiment})
-        for index, figure in enumerate(_figure_groups(config_file, grid_name, report)):
+        for grid, index, figure in _figure_groups(config_file, grid_name, report):
             for dataset in datasets:
                 curves = [
                     experiment_curve(name, by_experiment[(dataset, name)])
@@ -209,7 +211,7 @@ def plot(
                 if absent:
                     report.missing.append(f"figure {figure.title!r} on {dataset}: no complete runs of {', '.join(absent)}")
                 if curves:
-                    path = out / f"{grid_name}-{index + 1}-{dataset}.{image_format}"
+                    path = out / f"{grid}-{index + 1}-{dataset}.{image_format}"
                     report.written.append(save(learning_curve_figure(curves, f"{figure.title} ({dataset})", ylim), path))
     for run in chosen:
         title = f"{run.summary.get('description', run.name)} on {run.summary['dataset']['name']}, seed {run.summary.get('seed')}"

@@ -66,7 +66,7 @@ def png_size(path):
 
 
 def test_every_figure_is_written_as_a_valid_image(results_dir):
-    report = plot.plot(results_dir, results_dir / "plots", config_file=results_dir / "experiments.yaml", grid_name="g")
+    report = plot.plot(results_dir, results_dir / "plots", config_file=results_dir / "experiments.yaml")
     names = sorted(p.name for p in report.written)
     assert "g-1-mnist-5k.png" in names
     for run in ("mnist-5k.a.seed0", "mnist-5k.a.seed1", "mnist-5k.b.seed0", "mnist-5k.c.seed0", "mnist-5k.e.seed0",
