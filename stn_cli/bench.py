@@ -12,16 +12,13 @@ from __future__ import annotations
 import statistics
 import time
 
-from .quiet import import_tensorflow
+import numpy as np
+import tensorflow as tf
 
-import_tensorflow()
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from .config import RunConfig  # noqa: E402
-from .data import Dataset, Split  # noqa: E402
-from .training import Trainer  # noqa: E402
+from .config import RunConfig
+from .data import Dataset, Split
+from .quiet import hide_native_stderr
+from .training import Trainer
 
 BLOCK, REPEATS = 100, 7
 CASES = [
@@ -96,6 +93,7 @@ def ceiling_flop_rate(config: RunConfig) -> float:
 
 
 def main() -> None:
+    hide_native_stderr()
     data = synthetic()
     print(f"TensorFlow {tf.__version__}; {BLOCK} steps per timing, median of {REPEATS}; batch 50, 55,000 x 784\n")
     header = f"{'neuron':<26}{'compiled ex/s':>14}{'steps/s':>9}{'per-step ex/s':>15}{'ratio':>7}{'% ceiling':>10}{'vs study':>10}"

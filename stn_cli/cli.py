@@ -114,11 +114,9 @@ def train(
     config = RunConfig.from_mapping(flags, "options")
     run_name = check_name(name, "--name") if name is not None else config.default_name()
 
-    from . import data, quiet
+    from . import data, training
 
     dataset_loaded = data.load(config.dataset, config.data_dir)
-    quiet.import_tensorflow()
-    from . import training
 
     console.print(f"[dim]{config.describe()} on {dataset_loaded.name} {dataset_loaded.sizes()} from {dataset_loaded.source}")
     kept = f"the run is recorded as interrupted in {results_dir / 'runs' / run_name}"
@@ -264,4 +262,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
+    """The `stn` console script: `main` with TensorFlow's C++ chatter kept off the terminal."""
+    from .quiet import hide_native_stderr
+
+    hide_native_stderr()
     sys.exit(main())

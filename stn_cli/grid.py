@@ -277,10 +277,9 @@ def run_jobs(
             if on_job_done:
                 on_job_done(job, done)
         return summaries
-    from .quiet import import_tensorflow
-
-    # TensorFlow does not survive fork; each worker starts a fresh interpreter.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=import_tensorflow) as pool:
+    # TensorFlow does not survive fork; each worker starts a fresh interpreter (and inherits the CLI's
+    # file descriptor 2, so TensorFlow's C++ notices stay hidden there too).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_job, job, results_dir, jit_compile): job for job in todo}
         for future in as_completed(futures):
             done = future.result()

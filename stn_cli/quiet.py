@@ -1,37 +1,26 @@
-"""Import TensorFlow without its C++ start-up lines.
+"""Keep TensorFlow's C++ log lines out of the terminal.
 
-TensorFlow 2.21 prints oneDNN and CUDA notices from C++ through absl at import and at its first device
-probe, before any Python
-logging is set up and regardless of TF_CPP_MIN_LOG_LEVEL; they are noise to a user of the CLI. So the
-import runs with file descriptor 2 pointed at a temporary file, which is replayed if the import fails.
+TensorFlow 2.21 writes oneDNN, CUDA and XLA notices from C++ through absl, straight to file descriptor 2,
+at import, at its first device probe and at every compilation, whatever TF_CPP_MIN_LOG_LEVEL says. To a
+user of the CLI they are noise around the one line that matters. So the `stn` entry point points file
+descriptor 2 at /dev/null and gives Python's `sys.stderr` a duplicate of the real one: C++ output
+disappears, while every message, warning and traceback from Python still reaches the terminal.
+Set STN_NATIVE_LOGS=1 to keep the native lines (for debugging TensorFlow itself).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 
-def import_tensorflow() -> None:
-    if "tensorflow" in sys.modules:
+def hide_native_stderr() -> None:
+    if os.environ.get("STN_NATIVE_LOGS"):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import tensorflow
-
-            tensorflow.config.list_physical_devices()  # device probing prints its CUDA notice here, not later
-            failed = False
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
+    terminal = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
