@@ -161,6 +161,34 @@ class OneHotNeuron(_DiscreteNeuron):
         }
 
 
+class Annealing(keras.callbacks.Callback):
+    """Sharpen every stn neuron of the model after each epoch, as the study's slope annealing did:
+    slopes are multiplied by `rate`, one-hot temperatures divided by it (ReinMax's never below 1). Only
+    variables change, so the compiled training step is not retraced.
+
+        model.fit(x, y, epochs=20, callbacks=[Annealing(1.1)])
+    """
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = _positive("rate", rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for layer in _all_layers(self.model):
+            if isinstance(layer, OneHotNeuron):
+                floor = registry.MIN_TEMPERATURE.get(layer.estimator, 0.0)  # ReinMax stops at tau = 1
+                layer.sharpness.assign(keras.ops.maximum(layer.sharpness / self.rate, floor))
+            elif isinstance(layer, _DiscreteNeuron):
+                layer.sharpness.assign(layer.sharpness * self.rate)
+
+
+def _all_layers(layer):
+    """The layer and every layer nested in it, through the public `layers` of models."""
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _all_layers(inner)
+
+
 def hidden_layer(config) -> keras.layers.Layer:
     """The Keras layer for a `RunConfig`'s hidden neurons, at the slope it ended training with."""
     slope = config.slope_at(config.total_steps - 1)

@@ -115,3 +115,17 @@ def test_bad_arguments_raise_value_errors(make, message):
 def test_input_width_must_be_a_multiple_of_dims():
     with pytest.raises(ValueError, match="input width 12 is not a multiple of dims=5"):
         layers.OneHotNeuron(dims=5)(np.zeros((2, 12), "float32"))
+
+
+def test_annealing_callback_sharpens_every_neuron_between_epochs():
+    inner = keras.Sequential([keras.Input((20,)), keras.layers.Dense(12), layers.NaryNeuron(levels=3, seed=0)])
+    model = keras.Sequential([
+        keras.Input((20,)), inner, keras.layers.Dense(10), layers.OneHotNeuron(dims=5, temperature=1.0, seed=1),
+        keras.layers.Dense(10), layers.OneHotNeuron(dims=5, estimator="reinmax", temperature=1.5, seed=2),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    model.fit(X, (X[:, 0] > 0).astype("int32"), epochs=3, verbose=0, callbacks=[layers.Annealing(2.0)])
+    assert float(inner.layers[1].slope.numpy()) == pytest.approx(8.0)
+    assert float(model.layers[2].temperature.numpy()) == pytest.approx(1 / 8)
+    assert float(model.layers[4].temperature.numpy()) == pytest.approx(1.0)  # ReinMax's floor
