@@ -128,7 +128,10 @@ def load_grids(path: Path) -> dict[str, Grid]:
     defaults = check_fields(_mapping(document.get("defaults"), f"{path}: defaults"), f"{path}: defaults")
     grids = {}
     for grid_name, body in _mapping(document.get("grids"), f"{path}: grids").items():
-        grids[grid_name] = _parse_grid(str(grid_name), _mapping(body, f"grid {grid_name!r}"), defaults)
+        try:
+            grids[grid_name] = _parse_grid(str(grid_name), _mapping(body, f"grid {grid_name!r}"), defaults)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
     if not grids:
         raise ConfigError(f"{path}: declares no grids")
     return grids
