@@ -33,9 +33,6 @@ from .config import RunConfig
 from .data import Dataset
 from .errors import StnError
 
-# A dynamic slice such as `slopes[step]` inside the XLA loop costs ten times the whole step here;
-# `tf.gather` with a scalar index does not, so the loop indexes with gather only.
-
 # Evaluation runs over the validation and test sets in slices of this many images to bound memory
 # (a one-hot 100x10 layer on 10,000 images would otherwise hold 10,000 x 1,000 activations per seed).
 EVAL_SLICE = 5000
@@ -89,6 +86,8 @@ class Trainer:
 
         def body(t, correct, loss_sum, first_bad):
             step = start + t
+            # Index with tf.gather only: a dynamic slice such as `self.slopes[step]` in this XLA loop
+            # made every step ten times slower on TensorFlow 2.21.
             indices = tf.gather(self.order, step, axis=1)
             x, y = tf.gather(self.x_train, indices), tf.gather(self.y_train, indices)
             noise = (
