@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import signal
-from contextlib import contextmanager
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -117,7 +117,6 @@ def train(
     from . import data, training
 
     dataset_loaded = data.load(config.dataset, config.data_dir)
-
     console.print(f"[dim]{config.describe()} on {dataset_loaded.name} {dataset_loaded.sizes()} from {dataset_loaded.source}")
     kept = f"the run is recorded as interrupted in {results_dir / 'runs' / run_name}"
     with _reporting_interrupts(kept), _progress() as progress:
@@ -143,7 +142,7 @@ def train(
 def compare(
     config_file: Path = typer.Option(Path("experiments.yaml"), "--config", help="Experiments file."),
     grid_name: str = typer.Option("study", "--grid", help="Which grid of the file to run."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these experiments (repeatable)."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these experiments (repeatable), and the baselines they are compared with."),
     epochs: Optional[int] = typer.Option(None, help="Override every experiment's epochs."),
     steps_per_epoch: Optional[int] = typer.Option(None, help="Override every experiment's steps per epoch."),
     dataset: Optional[str] = typer.Option(None, help="Override every experiment's data set."),
