@@ -188,7 +188,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     if data_dir is not None:
         folder = Path(data_dir)
         if not folder.is_dir():
-            raise DataError(f"data directory {folder} does not exist")
+            problem = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DataError(f"data directory {folder} {problem}")
         found = _idx_dir(folder, name)
         if found is None:
             raise DataError(f"{folder}: no IDX files for {name} in it or in {folder / name}")

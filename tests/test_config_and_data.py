@@ -175,6 +175,9 @@ def test_missing_folder_and_missing_files(tmp_path):
         data.load("mnist", tmp_path / "nope")
     with pytest.raises(DataError, match="no IDX files for mnist"):
         data.load("mnist", tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="data directory .*file is a file, not a folder"):
+        data.load("mnist", tmp_path / "file")
 
 
 def test_unknown_dataset():
