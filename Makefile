@@ -17,7 +17,7 @@ $(BIN)/stn: pyproject.toml
 # A diverged experiment makes compare exit 1; the figures are drawn anyway, then that status is returned.
 demo: $(BIN)/stn
 	$(BIN)/stn compare --dataset mnist-5k --seeds 3 --jobs 2 --results-dir $(RESULTS); status=$$?; \
-	$(BIN)/stn plot --results-dir $(RESULTS) && exit $$status
+	$(BIN)/stn plot --grid study --results-dir $(RESULTS) && exit $$status
 
 test: $(BIN)/stn
 	$(BIN)/python -m pytest
